@@ -47,7 +47,8 @@ def test_image_to_text_and_other_negatives(tmp_path, cache):
     ({"model": "bert"}, "model='bert': expected one of"),
     ({"test_domains": ["twemoji/C"]}, "domain 'twemoji/C': expected art/caption-style"),
     ({"lambda_r": -1.0}, "lambda_r=-1.0: expected a number ≥ 0"),
-    ({"data_root": "/nonexistent/data", "train_domain": "f30k_precomp", "test_domains": ["f30k_precomp"]}, "data_root not found"),
+    ({"data_root": "/nonexistent/data", "train_set": "f30k_precomp"}, "data_root not found"),
+    ({"data_root": "/tmp"}, "expected train_set"),
 ])
 def test_bad_parameters_give_a_clear_error(tmp_path, cache, params, message):
     with pytest.raises(pm.PapermillExecutionError) as e:
