@@ -163,3 +163,13 @@ def test_coco_to_flickr_zero_shot_run_through_papermill(tmp_path):
     assert coco["n_images"] == 2000 and len(coco["folds"]["folds"]) == 2 and 0 <= coco["folds"]["mean"]["rsum"] <= 600
     assert f30k["attention"]["available"] and 0 <= f30k["attention"]["f1"] <= 1 and f30k["unk_rate"] > 0
     assert not coco["attention"]["available"] and "no testall_grounding.jsonl" in coco["attention"]["reason"]
+
+
+@pytest.mark.parametrize("name", ["paper_coco.yaml", "paper_f30k.yaml"])
+def test_paper_parameter_files_are_valid_run_parameters(tmp_path, name):
+    import yaml
+    params = yaml.safe_load((ROOT / "nbs" / "params" / name).read_text())
+    known = pm.inspect_notebook(str(ROOT / "nbs" / "run.ipynb"))
+    assert set(params) <= set(known), set(params) - set(known)
+    cfg = RunConfig(**params, data_root=str(tmp_path), out_dir=str(tmp_path / "o"))
+    assert (cfg.embed, cfg.word_dim, cfg.batch_size, cfg.lr) == (1024, 300, 128, 2e-4) and cfg.lr_update == cfg.epochs // 2
