@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install run test test-slow bench readme lab kernel export clean-nbs check-sync
+.PHONY: install run test test-slow test-soak bench readme lab kernel export clean-nbs check-sync
 
 install: $(STAMP)
 
@@ -27,6 +27,10 @@ test: $(STAMP)
 	$(BIN)/python -m pytest tests -q
 
 # Notebook cells flagged `#| slow` (the full default experiment), then the slow tests.
+# Kill-and-resume soak test alone (a few minutes).
+test-soak: $(STAMP)
+	$(BIN)/python -m pytest tests/test_reliability.py -q -m slow --runslow
+
 test-slow: $(STAMP)
 	$(BIN)/nbdev_test --n_workers 1 --do_print --flags slow
 	$(BIN)/python -m pytest tests -q -m slow --runslow
