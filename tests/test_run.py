@@ -41,7 +41,24 @@ def test_image_to_text_and_other_negatives(tmp_path, cache):
     assert set(m["results"]) == {"dev", "openmoji/A"}
 
 
+@pytest.mark.parametrize("model", ["bfan", "saf", "sgr"])
+def test_every_matcher_runs_with_both_constraints(tmp_path, cache, model):
+    m, out = run(tmp_path, cache, model=model, loss="ccr+ccs", test_domains=["openmoji/B"])
+    r = m["results"]["openmoji/B"]
+    assert m["config"]["model"] == model and 0 <= r["rsum"] <= 600 and r["attention"]["available"]
+    assert m["history"][-1]["loss_ccr"] >= 0 and m["history"][-1]["loss_ccs"] >= 0
+    assert {"recall.png", "attention.png", "best.pt"} <= {p.name for p in out.iterdir()}
+
+
+def test_pretrained_minilm_text_encoder(tmp_path, cache):
+    m, _ = run(tmp_path, cache, text_encoder="minilm", finetune_text=False, loss="ccs", test_domains=["openmoji/B"], epochs=1)
+    r = m["results"]["openmoji/B"]
+    assert r["attention"]["available"] and r["attention"]["tokens"] > 0     # grounding reached the word pieces
+    assert r["unk_rate"] < 0.01                                             # no vocabulary gap with word pieces
+
+
 @pytest.mark.parametrize("params, message", [
+    ({"text_encoder": "bert"}, "text_encoder='bert': expected one of ('bigru', 'minilm')"),
     ({"loss": "foo"}, "loss='foo': expected one of ('none', 'ccr', 'ccs', 'ccr+ccs')"),
     ({"epochs": 0}, "epochs=0: expected a positive integer"),
     ({"model": "bert"}, "model='bert': expected one of"),
