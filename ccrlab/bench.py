@@ -93,7 +93,7 @@ def published_loop_sim(m, img, cap, lens)->torch.Tensor:
         a = torch.softmax(a.view(-1, a.shape[2]) * m.smooth, dim=1).view(Ni, q.shape[1], k.shape[1])
         att = torch.bmm(k.transpose(1, 2), a.transpose(1, 2)).transpose(1, 2)    # attended content (Ni, queries, D)
         cos = torch.nn.functional.cosine_similarity(q, att, dim=2)
-        cols.append(torch.log(torch.exp(cos * m.lam).sum(1)) / m.lam if m.cfg.agg == "lse" else cos.mean(1))
+        cols.append(torch.log(torch.exp(cos * m.lam).sum(1)) / m.lam if m.agg == "lse" else cos.mean(1))
     return torch.stack(cols, 1)
 
 def bench_eval(shape:str|dict="f30k", model:str="scan_t2i", ref_captions:int=40, budget:int=2**23)->dict:
