@@ -140,5 +140,6 @@ def run_grid(root, runs:list[dict], common:dict, progress:bool=True, log=print)-
         params = {**common, **r, "out_dir": str(root/name)}
         if complete(root/name, params): log(f"{name}: complete, skipped"); continue
         log(f"{name}: running")
+        (root/name).mkdir(exist_ok=True)
         pm.execute_notebook(str(nb), str(root/name/"run.ipynb"), parameters=params, cwd=str(nb.parent), progress_bar=False, kernel_name="python3")
     return names
