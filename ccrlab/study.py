@@ -4,7 +4,7 @@
 
 # %% ../nbs/12_study.ipynb #9a4a322d
 from __future__ import annotations
-import json
+import json, os
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 
@@ -14,8 +14,9 @@ import pandas as pd
 from .train import project_root
 
 # %% auto #0
-__all__ = ['SHIFTS', 'LOSS_ORDER', 'KS', 'shift_of', 'run_name', 'grid', 'complete', 'collect', 'markdown_table', 'summary',
-           'paired_bootstrap', 'delta_table', 'run_grid']
+__all__ = ['SHIFTS', 'LOSS_ORDER', 'KS', 'RESULTS_CELL', 'shift_of', 'run_name', 'grid', 'complete', 'collect', 'markdown_table',
+           'summary', 'paper_table', 'paired_bootstrap', 'delta_table', 'run_grid', 'curves', 'attention_transfer',
+           'conclusion', 'results_markdown', 'publish']
 
 # %% ../nbs/12_study.ipynb #a9d2201b
 SHIFTS = {"twemoji/A": "in-domain", "openmoji/A": "art", "twemoji/B": "caption", "openmoji/B": "art + caption"}
@@ -26,11 +27,14 @@ def shift_of(train:str, test:str)->str:
     (a0, s0), (a1, s1) = train.split("/"), test.split("/")
     return {(True, True): "in-domain", (False, True): "art", (True, False): "caption", (False, False): "art + caption"}[(a0 == a1, s0 == s1)]
 
-def run_name(model:str, loss:str, seed:int)->str: return f"{model}_{loss.replace('+', '-')}_seed{seed}"
+def run_name(model:str, loss:str, seed:int, train:str|None=None)->str:
+    "A run's folder name; `train` is added when a study trains on several domains."
+    return f"{model}_{loss.replace('+', '-')}_seed{seed}" + (f"_from_{train.replace('/', '_')}" if train else "")
 
-def grid(models, losses, seeds)->list[dict]:
-    "Every (model, loss, seed) of the study."
-    return [{"model": m, "loss": l, "seed": s} for m in models for l in losses for s in seeds]
+def grid(models, losses, seeds, train_domains=None)->list[dict]:
+    "Every (model, loss, seed) of the study (× training domain, when several are given)."
+    runs = [{"model": m, "loss": l, "seed": s} for m in models for l in losses for s in seeds]
+    return runs if not train_domains or len(train_domains) < 2 else [{**r, "train_domain": t} for t in train_domains for r in runs]
 
 # %% ../nbs/12_study.ipynb #66c2e07c
 def complete(out_dir, params:dict)->bool:
@@ -80,6 +84,23 @@ def summary(df:pd.DataFrame, metrics=("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "
     out["seeds"] = n
     return out
 
+# %% ../nbs/12_study.ipynb #76838fba
+def paper_table(df:pd.DataFrame, metrics=("i2t_r1", "t2i_r1", "rsum"))->pd.DataFrame:
+    "Rows (model, loss) in the order none, ccr, ccs, ccr+ccs; columns `<shift> <metric>` side by side, then the rSum drop."
+    g = df.groupby(["model", "loss", "shift"])[list(metrics)]
+    cell = g.mean().round(1).astype(str) + " ± " + g.std(ddof=1).round(1).fillna(0).astype(str)
+    wide = cell.unstack("shift")
+    shifts = [s for s in ("in-domain", "art", "caption", "art + caption", "dataset") if s in set(df["shift"])]
+    wide = wide.reindex(columns=[(m, s) for s in shifts for m in metrics])
+    wide.columns = [f"{s} {m.replace('_r1', ' R@1')}" for m, s in wide.columns]
+    if "in-domain" in shifts and len(shifts) > 1:
+        far = shifts[-1]
+        d = df.pivot_table(index=["model", "loss", "seed"], columns="shift", values="rsum")
+        drop = (d["in-domain"] - d[far]).groupby(["model", "loss"])
+        wide[f"rSum drop to {far}"] = drop.mean().round(1).astype(str) + " ± " + drop.std(ddof=1).round(1).fillna(0).astype(str)
+    order = {l: i for i, l in enumerate(LOSS_ORDER)}
+    return wide.sort_index(key=lambda ix: ix.map(order) if ix.name == "loss" else ix)
+
 # %% ../nbs/12_study.ipynb #a54606c6
 KS = (1, 5, 10)
 
@@ -113,7 +134,7 @@ def paired_bootstrap(a:list, b:list, n_boot:int=2000, seed:int=0)->dict:
 def delta_table(root, df:pd.DataFrame, baseline:str="none", n_boot:int=2000)->pd.DataFrame:
     "Δ rSum and Δ R@1 (both ways) of each loss versus `baseline`, with paired bootstrap 95% intervals."
     root, rows = Path(root), []
-    for (model, test), g in df.groupby(["model", "test"]):
+    for (model, train, test), g in df.groupby(["model", "train", "test"]):
         base = g[g["loss"] == baseline].set_index("seed")
         for loss in [l for l in LOSS_ORDER if l != baseline and l in set(g["loss"])]:
             other = g[g["loss"] == loss].set_index("seed")
@@ -122,8 +143,9 @@ def delta_table(root, df:pd.DataFrame, baseline:str="none", n_boot:int=2000)->pd
             load = lambda run: (lambda z: (z["i2t"], z["t2i"]))(np.load(root/run/f"ranks_{test.replace('/', '_')}.npz"))
             r = paired_bootstrap([load(other.loc[s, "run"]) for s in seeds], [load(base.loc[s, "run"]) for s in seeds], n_boot)
             fmt = lambda t: f"{t[0]:+.1f} [{t[1]:+.1f}, {t[2]:+.1f}]"
-            rows.append({"model": model, "test": test, "shift": g["shift"].iloc[0], "loss": loss, "seeds": len(seeds),
+            rows.append({"model": model, "train": train, "test": test, "shift": g["shift"].iloc[0], "loss": loss, "seeds": len(seeds),
                          "Δ rSum [95% CI]": fmt(r["rsum"]), "Δ i2t R@1": fmt(r["i2t_r1"]), "Δ t2i R@1": fmt(r["t2i_r1"]),
+                         "d_rsum": r["rsum"][0], "lo": r["rsum"][1], "hi": r["rsum"][2],
                          "significant": not (r["rsum"][1] <= 0 <= r["rsum"][2])})
     return pd.DataFrame(rows)
 
@@ -136,10 +158,77 @@ def run_grid(root, runs:list[dict], common:dict, progress:bool=True, log=print)-
     nb = project_root(Path(__file__).parent)/"nbs"/"run.ipynb"
     names = []
     for r in tqdm(runs, desc="study", disable=not progress):
-        name = run_name(r["model"], r["loss"], r["seed"]); names.append(name)
+        name = run_name(r["model"], r["loss"], r["seed"], r.get("train_domain")); names.append(name)
         params = {**common, **r, "out_dir": str(root/name)}
         if complete(root/name, params): log(f"{name}: complete, skipped"); continue
         log(f"{name}: running")
         (root/name).mkdir(exist_ok=True)
         pm.execute_notebook(str(nb), str(root/name/"run.ipynb"), parameters=params, cwd=str(nb.parent), progress_bar=False, kernel_name="python3")
     return names
+
+# %% ../nbs/12_study.ipynb #47f9ce0b
+def curves(root, names:list[str])->pd.DataFrame:
+    "Per-epoch history of the named runs (loss terms, dev rSum), one row per run and epoch."
+    rows = []
+    for n in names:
+        m = json.loads((Path(root)/n/"metrics.json").read_text()); c = m["config"]
+        rows += [{"run": n, "model": c["model"], "loss": c["loss"], "seed": c["seed"], **h} for h in m["history"]]
+    return pd.DataFrame(rows)
+
+def attention_transfer(df:pd.DataFrame, n_boot:int=2000, seed:int=0)->dict:
+    "Pearson r between attention F1 and rSum over (run, shifted test domain) rows, with a 95% bootstrap interval over runs."
+    d = df[(df["shift"] != "in-domain") & df["att_f1"].notna()]
+    runs = d["run"].unique()
+    if len(runs) < 3: return {"r": float("nan"), "lo": float("nan"), "hi": float("nan"), "n": len(d), "runs": len(runs)}
+    r = lambda x: float(np.corrcoef(x["att_f1"], x["rsum"])[0, 1]) if x["att_f1"].std() > 0 and x["rsum"].std() > 0 else float("nan")
+    rng, by = np.random.default_rng(seed), {k: g for k, g in d.groupby("run")}
+    reps = np.array([r(pd.concat([by[k] for k in rng.choice(runs, len(runs))])) for _ in range(n_boot)])
+    reps = reps[np.isfinite(reps)]
+    return {"r": r(d), "lo": float(np.percentile(reps, 2.5)), "hi": float(np.percentile(reps, 97.5)), "n": len(d), "runs": len(runs)}
+
+def conclusion(deltas:pd.DataFrame, att:dict|None=None)->str:
+    "Markdown sentences that say, for each model, loss and shift, whether the interval of Δ rSum excludes zero."
+    if deltas.empty: return "No constrained run has a baseline to compare with yet.\n"
+    out = []
+    for (model, shift), g in deltas.groupby(["model", "shift"], sort=False):
+        parts = []
+        for _, r in g.iterrows():
+            verdict = "a gain" if r["lo"] > 0 else "a loss" if r["hi"] < 0 else "inside the noise"
+            parts.append(f"{r['loss']} {r['d_rsum']:+.1f} rSum [{r['lo']:+.1f}, {r['hi']:+.1f}], {verdict}")
+        out.append(f"- **{model}**, {shift} (test {g['test'].iloc[0]}, {int(g['seeds'].max())} seeds): " + "; ".join(parts) + ".")
+    gains = deltas[deltas["shift"] != "in-domain"]
+    n_gain, n_loss = int((gains["lo"] > 0).sum()), int((gains["hi"] < 0).sum())
+    out.append(f"\nUnder shift, {n_gain} of {len(gains)} constrained settings improve rSum beyond the 95% interval, "
+               f"{n_loss} worse beyond it, and {len(gains) - n_gain - n_loss} inside the noise.")
+    if att is not None and np.isfinite(att["r"]):
+        where = "positive" if att["lo"] > 0 else "negative" if att["hi"] < 0 else "not distinguishable from zero"
+        out.append(f"Attention F1 and shifted rSum correlate with r = {att['r']:.2f} [{att['lo']:.2f}, {att['hi']:.2f}] over "
+                   f"{att['runs']} runs ({where}).")
+    return "\n".join(out) + "\n"
+
+# %% ../nbs/12_study.ipynb #231a99a1
+RESULTS_CELL = "study-results"
+
+def results_markdown(command:str, wall_s:float, n_runs:int, table:pd.DataFrame, deltas:pd.DataFrame, text:str, figures:list[str])->str:
+    "The README's results section."
+    shown = deltas.drop(columns=["d_rsum", "lo", "hi"], errors="ignore")
+    return (f"## Results on the built-in benchmark\n\n"
+            f"Generated by `{command}` ({n_runs} runs; their own wall times add up to {wall_s / 60:.0f} minutes on "
+            f"{os.cpu_count()} CPU cores). Mean ± std over seeds:\n\n" + markdown_table(table) +
+            "\nEffect of each constraint against no constraint, paired bootstrap over seeds and test queries (95%):\n\n" +
+            markdown_table(shown, index=False) + "\n" + text + "\n" + "".join(f"![{Path(f).stem}]({f})\n" for f in figures))
+
+def publish(markdown:str, figures:list, index_nb=None, results_dir=None)->Path:
+    "Copy `figures` to `results/` and put `markdown` into the `study-results` cell of `nbs/index.ipynb`."
+    import nbformat, shutil
+    from ccrlab.data import atomic_write
+    if index_nb is None or results_dir is None: root = project_root(Path(__file__).parent)
+    index_nb = Path(index_nb or root/"nbs"/"index.ipynb"); results_dir = Path(results_dir or root/"results")
+    results_dir.mkdir(exist_ok=True)
+    for f in figures: shutil.copyfile(f, results_dir/Path(f).name)
+    nb = nbformat.read(index_nb, as_version=4)
+    cells = [c for c in nb.cells if c.get("id") == RESULTS_CELL]
+    if not cells: raise ValueError(f"{index_nb}: no markdown cell with id {RESULTS_CELL!r} to hold the results")
+    cells[0].source = markdown.rstrip("\n")
+    atomic_write(index_nb, lambda p: nbformat.write(nb, p))
+    return index_nb

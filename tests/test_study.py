@@ -30,3 +30,37 @@ def test_tiny_grid_runs_skips_finished_runs_and_aggregates(tmp_path):
     assert len(d) == 2 and set(d["loss"]) == {"ccs"} and (d["seeds"] == 2).all()
     m = json.loads((root / names[0] / "metrics.json").read_text())
     assert complete(root / names[0], {**common, **runs[0]}) and not complete(root / names[0], {**common, **runs[0], "epochs": 2})
+
+
+def test_study_notebook_killed_mid_grid_completes_when_run_again(tmp_path):
+    """papermill nbs/study.ipynb on a tiny grid, killed (SIGKILL, whole process group) once its first run has finished;
+    the second invocation skips that run, completes the others, and writes the tables and figures."""
+    import os, signal, subprocess, sys, time
+    import papermill as pm
+    import yaml
+    root = tmp_path / "study"
+    run_params = {k: v for k, v in TINY.items() if k != "test_domains"} | {"cache_dir": str(tmp_path / "cache")}
+    params = {"models": ["scan_t2i"], "losses": ["none", "ccs"], "seeds": 2, "test_domains": TINY["test_domains"],
+              "run_params": run_params, "root": str(root), "n_boot": 100}
+    nb = Path(__file__).resolve().parents[1] / "nbs" / "study.ipynb"
+    p = subprocess.Popen([sys.executable, "-m", "papermill", str(nb), str(tmp_path / "first.ipynb"), "-y", yaml.safe_dump(params)],
+                         start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = root / "scan_t2i_none_seed0" / "metrics.json"
+    try:
+        for _ in range(600):
+            if first.exists() or p.poll() is not None: break
+            time.sleep(0.5)
+        assert first.exists(), "the study did not finish its first run"
+    finally:
+        os.killpg(p.pid, signal.SIGKILL); p.wait()
+    time.sleep(3)                                                        # orphaned kernels notice their parent is gone
+    assert not (root / "runs.csv").exists()
+    out = pm.execute_notebook(str(nb), str(tmp_path / "second.ipynb"), parameters=params, progress_bar=False, kernel_name="python3")
+    logs = "".join(o.get("text", "") for c in out.cells for o in c.get("outputs", []))
+    assert "scan_t2i_none_seed0: complete, skipped" in logs and "scan_t2i_ccs_seed1: running" in logs
+    df = collect(root)
+    assert sorted(df["run"].unique()) == sorted(run_name("scan_t2i", l, s) for l in ("none", "ccs") for s in (0, 1))
+    for f in ("runs.csv", "summary.md", "deltas.md", "conclusion.md", "rsum_by_shift.png", "rsum_heatmap.png",
+              "attention_vs_transfer.png", "training_curves.png"):
+        assert (root / f).stat().st_size > 0, f
+    assert "rSum" in (root / "conclusion.md").read_text()
