@@ -14,9 +14,9 @@ import pandas as pd
 from .train import project_root
 
 # %% auto #0
-__all__ = ['SHIFTS', 'LOSS_ORDER', 'KS', 'RESULTS_CELL', 'shift_of', 'run_name', 'grid', 'complete', 'collect', 'markdown_table',
-           'summary', 'paper_table', 'paired_bootstrap', 'delta_table', 'run_grid', 'curves', 'attention_transfer',
-           'conclusion', 'results_markdown', 'publish']
+__all__ = ['SHIFTS', 'LOSS_ORDER', 'KS', 'RESULTS_CELL', 'ENSEMBLE_SAME', 'shift_of', 'run_name', 'grid', 'complete', 'collect',
+           'markdown_table', 'summary', 'paper_table', 'paired_bootstrap', 'delta_table', 'run_grid', 'curves',
+           'attention_transfer', 'conclusion', 'results_markdown', 'publish', 'ensemble_run', 'ensemble_current']
 
 # %% ../nbs/12_study.ipynb #a9d2201b
 SHIFTS = {"twemoji/A": "in-domain", "openmoji/A": "art", "twemoji/B": "caption", "openmoji/B": "art + caption"}
@@ -84,7 +84,7 @@ def summary(df:pd.DataFrame, metrics=("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "
     out["seeds"] = n
     return out
 
-# %% ../nbs/12_study.ipynb #76838fba
+# %% ../nbs/12_study.ipynb #9e413b3d
 def paper_table(df:pd.DataFrame, metrics=("i2t_r1", "t2i_r1", "rsum"))->pd.DataFrame:
     "Rows (model, loss) in the order none, ccr, ccs, ccr+ccs; columns `<shift> <metric>` side by side, then the rSum drop."
     g = df.groupby(["model", "loss", "shift"])[list(metrics)]
@@ -166,7 +166,7 @@ def run_grid(root, runs:list[dict], common:dict, progress:bool=True, log=print)-
         pm.execute_notebook(str(nb), str(root/name/"run.ipynb"), parameters=params, cwd=str(nb.parent), progress_bar=False, kernel_name="python3")
     return names
 
-# %% ../nbs/12_study.ipynb #47f9ce0b
+# %% ../nbs/12_study.ipynb #4b0f5df2
 def curves(root, names:list[str])->pd.DataFrame:
     "Per-epoch history of the named runs (loss terms, dev rSum), one row per run and epoch."
     rows = []
@@ -206,7 +206,7 @@ def conclusion(deltas:pd.DataFrame, att:dict|None=None)->str:
                    f"{att['runs']} runs ({where}).")
     return "\n".join(out) + "\n"
 
-# %% ../nbs/12_study.ipynb #231a99a1
+# %% ../nbs/12_study.ipynb #c5ac2885
 RESULTS_CELL = "study-results"
 
 def results_markdown(command:str, wall_s:float, n_runs:int, table:pd.DataFrame, deltas:pd.DataFrame, text:str, figures:list[str])->str:
@@ -232,3 +232,45 @@ def publish(markdown:str, figures:list, index_nb=None, results_dir=None)->Path:
     cells[0].source = markdown.rstrip("\n")
     atomic_write(index_nb, lambda p: nbformat.write(nb, p))
     return index_nb
+
+# %% ../nbs/12_study.ipynb #df9cfda8
+ENSEMBLE_SAME = ("loss", "seed", "train_domain", "test_domains", "data_root", "train_set", "test_sets", "n_train", "n_test", "n_proposals", "scene_seed")
+
+def ensemble_run(root, members:list[str], name:str, model:str="sgraf", device="cpu")->dict:
+    "Average the similarities of finished runs `members` (under `root`) on their test sets; write `root/name` as a run."
+    from ccrlab.data import write_json
+    from ccrlab.evaluate import encode_split, similarity_matrix, recall_metrics, recall_folds, query_ranks, save_ranks
+    from ccrlab.train import RunConfig, prepare_data, load_checkpoint
+    import time
+    root, t0 = Path(root), time.time()
+    ms = []
+    for m in members:
+        p = root/m/"metrics.json"
+        if not p.exists(): raise FileNotFoundError(f"{p} (ensemble member {m!r} has not finished)")
+        ms.append(json.loads(p.read_text()))
+    for m, mm in zip(members[1:], ms[1:]):
+        diff = [k for k in ENSEMBLE_SAME if mm["config"].get(k) != ms[0]["config"].get(k)]
+        if diff: raise ValueError(f"{root/m}: not comparable with {root/members[0]} ({', '.join(diff)} differ)")
+    sims, data = {}, None
+    for m in members:
+        net, _, ck = load_checkpoint(root/m/"best.pt", device)
+        data = prepare_data(RunConfig(**{**ck["run_config"], "resume": "auto"}), progress=False)
+        for d, cs in {"dev": data.dev, **data.tests}.items():
+            sims[d] = sims.get(d, 0) + similarity_matrix(net, *encode_split(net, cs, device=device)) / len(members)
+    results = {}
+    for d, cs in {"dev": data.dev, **data.tests}.items():
+        r = recall_metrics(sims[d], cs.split.per_image) | {"n_images": cs.split.n_images, "n_captions": len(cs), "unk_rate": cs.unk_rate,
+                                                           "attention": {"available": False, "reason": "an ensemble has no attention of its own"}}
+        if d in data.folds: r["folds"] = recall_folds(sims[d], cs.split.per_image, data.folds[d])
+        if d != "dev": save_ranks(root/name/f"ranks_{d.replace('/', '_')}.npz", *query_ranks(sims[d], cs.split.per_image))
+        results[d] = r
+    metrics = {"config": {**ms[0]["config"], "model": model, "out_dir": str(root/name)}, "members": list(members),
+               "best": {"rsum": results["dev"]["rsum"], "epoch": None}, "results": results, "history": [],
+               "times": {"total_s": round(time.time() - t0, 2)}}
+    write_json(root/name/"metrics.json", metrics)
+    return metrics
+
+def ensemble_current(root, members:list[str], name:str)->bool:
+    "True when `root/name` exists and is newer than every member's results."
+    p = Path(root)/name/"metrics.json"
+    return p.exists() and all((Path(root)/m/"metrics.json").stat().st_mtime <= p.stat().st_mtime for m in members)

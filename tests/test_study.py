@@ -64,3 +64,31 @@ def test_study_notebook_killed_mid_grid_completes_when_run_again(tmp_path):
               "attention_vs_transfer.png", "training_curves.png"):
         assert (root / f).stat().st_size > 0, f
     assert "rSum" in (root / "conclusion.md").read_text()
+
+
+def test_sgraf_ensemble_is_a_run_of_its_own(tmp_path):
+    import torch
+    from ccrlab.study import ensemble_run, ensemble_current
+    from ccrlab.train import RunConfig, run_experiment, load_checkpoint, prepare_data
+    from ccrlab.evaluate import evaluate_ensemble
+    root = tmp_path / "study"
+    tiny = {**TINY, "cache_dir": str(tmp_path / "cache")}
+    for m in ("saf", "sgr"):
+        run_experiment(RunConfig(model=m, loss="ccs", out_dir=str(root / run_name(m, "ccs", 0)), **tiny), progress=False, log=lambda *a: None)
+    pair = [run_name("saf", "ccs", 0), run_name("sgr", "ccs", 0)]
+    assert not ensemble_current(root, pair, "sgraf_ccs_seed0")
+    m = ensemble_run(root, pair, "sgraf_ccs_seed0")
+    assert ensemble_current(root, pair, "sgraf_ccs_seed0")
+    members = []
+    for p in pair:
+        net, _, ck = load_checkpoint(root / p / "best.pt")
+        members.append((net, prepare_data(RunConfig(**{**ck["run_config"], "resume": "auto"}), progress=False).tests["openmoji/B"]))
+    ref = evaluate_ensemble(members)
+    assert m["results"]["openmoji/B"]["rsum"] == pytest.approx(ref["rsum"]) and m["config"]["model"] == "sgraf"
+    df = collect(root)
+    assert set(df["model"]) == {"saf", "sgr", "sgraf"} and df[df["model"] == "sgraf"]["att_f1"].isna().all()
+    (root / pair[1] / "metrics.json").touch()
+    assert not ensemble_current(root, pair, "sgraf_ccs_seed0")
+    other = {**tiny, "n_test": 12}
+    run_experiment(RunConfig(model="sgr", loss="ccs", seed=1, out_dir=str(root / "sgr_other"), **other), progress=False, log=lambda *a: None)
+    with pytest.raises(ValueError, match="seed, n_test differ"): ensemble_run(root, [pair[0], "sgr_other"], "x")
