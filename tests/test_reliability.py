@@ -241,7 +241,9 @@ part = B // dist.world; rows = slice(dist.rank * part, (dist.rank + 1) * part)
 mine = Batch(*(getattr(full, f)[rows] for f in full.__dataclass_fields__))
 L_mine = int(mine.lengths.max()); mine.tokens = mine.tokens[:, :L_mine]     # each process pads to its own longest caption
 m = build_model(ModelConfig(model_name, feat_dim=F, vocab_size=30, embed=16, word_dim=8))
-opt = torch.optim.Adam(m.parameters(), lr=1e-2)
+# SGD with lr 1: the update is exactly the all-reduced, clipped gradient. (Adam's first step is g / (|g| + eps),
+# which turns rounding-level differences of near-zero gradients into lr-sized ones, whatever the process count.)
+opt = torch.optim.SGD(m.parameters(), lr=1.0)
 terms = train_step(m, opt, mine, LossConfig(loss, ccs_negative=neg), 2.0, dist)
 if dist.rank == 0:
     json.dump({"terms": terms, "params": torch.cat([p.detach().flatten() for p in m.parameters()]).tolist()}, open(out, "w"))
