@@ -27,13 +27,10 @@ __all__ = ['RunView', 'Explorer', 'select', 'view', 'png', 'ExplorerUI', 'explor
 # %% ../nbs/13_explore.ipynb #cb0e0c47
 class RunView:
     "A trained run, ready to answer selections on one test split."
-    def __init__(self, folder, split:PrecompSplit, device="cpu"):
-        folder = Path(folder)
-        if not (folder/"best.pt").exists():
-            raise FileNotFoundError(f"{folder/'best.pt'} (no trained model: expected a finished run folder, "
-                                    f"e.g. from `papermill nbs/run.ipynb out.ipynb -p loss none -p out_dir {folder}`)")
-        self.folder, self.name, self.device = folder, folder.name, torch.device(device)
-        self.model, self.vocab, ck = load_checkpoint(folder/"best.pt", self.device)
+    def __init__(self, folder, split:PrecompSplit, loaded:tuple, device="cpu"):
+        "`loaded`: what `load_checkpoint` returned for the run's `best.pt`."
+        self.folder, self.name, self.device = Path(folder), Path(folder).name, torch.device(device)
+        self.model, self.vocab, ck = loaded
         self.config = ck["run_config"]
         self.label = f"{self.config['model']} · {self.config['loss']} (seed {self.config['seed']})"
         self.cs = CaptionSet(split, self.vocab)
@@ -77,11 +74,12 @@ class Explorer:
                  cache_dir=None, device="cpu", top:int=4):
         if not runs: raise ValueError("runs is empty: expected at least one run folder")
         runs = [Path(r) if Path(r).is_absolute() else project_root()/r for r in runs]
-        cfgs = []
+        loaded = []
         for r in runs:
             if not (r/"best.pt").exists():
                 raise FileNotFoundError(f"{r/'best.pt'} (no trained model: run `papermill nbs/run.ipynb out.ipynb -p out_dir {r} ...` first)")
-            cfgs.append(torch.load(r/"best.pt", map_location="cpu", weights_only=False)["run_config"])
+            loaded.append(load_checkpoint(r/"best.pt", device))
+        cfgs = [ck["run_config"] for _, _, ck in loaded]
         keys = ("data_root", "n_test", "n_proposals", "scene_seed") if cfgs[0]["data_root"] is None else ("data_root",)
         for r, c in zip(runs[1:], cfgs[1:]):
             diff = [k for k in keys if c[k] != cfgs[0][k]]
@@ -101,7 +99,7 @@ class Explorer:
             split = PrecompSplit(folder, test_split_of(self.domain, folder, c0.get("test_split", "auto")))
             self._check_real(split)
         self.split = split
-        self.runs = [RunView(r, split, device) for r in runs]
+        self.runs = [RunView(r, split, l, device) for r, l in zip(runs, loaded)]
         self._grounding = split.grounding()
 
     def _check_real(self, sp:PrecompSplit):
