@@ -258,6 +258,10 @@ class SGRAF(Matcher):
         self.sim_loc, self.sim_glo, self.out = nn.Linear(d, h), nn.Linear(d, h), nn.Linear(h, 1)
         if cfg.model == "saf": self.filt = nn.Linear(h, 1)
         else: self.steps = nn.ModuleList(_GraphStep(h) for _ in range(cfg.sgr_steps))
+        for name, m in self.named_modules():   # SGRAF's initialisation: Xavier-uniform weights, zero biases
+            if isinstance(m, nn.Linear) and not name.startswith(("img_enc", "txt_enc")):
+                nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None: nn.init.zeros_(m.bias)
 
     def _scores(self, img, nr, cap, ln, g_img, g_cap):
         "Scores `(Ni, Nc)` of all pairs, attention batched."
@@ -272,7 +276,7 @@ class SGRAF(Matcher):
         mask = torch.cat([torch.ones_like(qm[:, :1]), qm], 1)[:, None, :].expand(Nc, Ni, L + 1)
         if self.branch == "saf":
             w = torch.sigmoid(self.filt(nodes)).squeeze(-1) * mask
-            v = l2norm((w / w.norm(dim=-1, keepdim=True).clamp_min(1e-8))[..., None].mul(nodes).sum(2))
+            v = l2norm((w / w.sum(-1, keepdim=True).clamp_min(1e-8))[..., None].mul(nodes).sum(2))   # l1-normalised filter
         else:
             for step in self.steps: nodes = step(nodes, mask)
             v = nodes[:, :, 0]
