@@ -5,7 +5,7 @@
 # %% ../nbs/08_train.ipynb #a0daaad4
 from __future__ import annotations
 import json, math, os, platform, random, time
-from dataclasses import dataclass, field, asdict, fields
+from dataclasses import dataclass, field, asdict, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -65,6 +65,7 @@ class RunConfig:
     lr: float = 6e-4                        # SCAN: 2e-4 over 30 epochs; the 3-epoch CPU default learns faster at 6e-4
     lr_update: int | None = None            # epoch after which lr drops ÷10 (None: half the epochs, rounded up)
     grad_clip: float = 2.0
+    warmup_epochs: int = 1                  # first epochs whose ranking loss sums over all negatives (VSE∞'s warm-up); 0: hardest from the start (SCAN)
     seed: int = 0
     device: str = "auto"                    # auto | cpu | cuda
     out_dir: str | None = None              # None: _runs/<model>_<loss>_seed<seed> in the project folder
@@ -93,6 +94,7 @@ class RunConfig:
             if not isinstance(v, int) or v < 1: raise ValueError(f"{k}={v!r}: expected a positive integer")
         if self.test_split not in ("auto", "test", "testall"): raise ValueError(f"test_split={self.test_split!r}: expected auto, test or testall")
         if not self.test_domains: raise ValueError("test_domains is empty: expected at least one domain")
+        if not isinstance(self.warmup_epochs, int) or self.warmup_epochs < 0: raise ValueError(f"warmup_epochs={self.warmup_epochs!r}: expected an integer ≥ 0")
         for k in ("epochs", "batch_size", "embed", "word_dim"):
             v = getattr(self, k)
             if not isinstance(v, int) or v < 1: raise ValueError(f"{k}={v!r}: expected a positive integer")
@@ -300,10 +302,11 @@ def train(cfg:RunConfig, data:RunData, progress:bool=True, log=print, on_step=No
     with _Signals() as sig:
         for epoch in range(epoch0, cfg.epochs):
             model.train(); t0 = time.time()
+            lc_epoch = replace(lc, max_violation=epoch >= cfg.warmup_epochs)   # all negatives while warming up, then the hardest
             gen_start = gen.get_state()                       # the state this epoch's shuffle starts from
             batches = data.train.batches(cfg.batch_size, shuffle=True, generator=gen, drop_last=True, start=step0, shard=(dist.rank, dist.world))
             for step, b in enumerate(tqdm(batches, total=nb - step0, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress or not dist.main, leave=False), start=step0):
-                terms = train_step(model, opt, b.to(dev), lc, cfg.grad_clip, dist,
+                terms = train_step(model, opt, b.to(dev), lc_epoch, cfg.grad_clip, dist,
                                    where=f"at epoch {epoch + 1}, step {step} (the last good checkpoint, {out/'last.pt'}, is kept)")
                 for k, v in terms.items(): sums[k] = sums.get(k, 0.0) + v
                 n += 1
