@@ -38,14 +38,18 @@ def grid(models, losses, seeds, train_domains=None)->list[dict]:
 
 # %% ../nbs/12_study.ipynb #66c2e07c
 def complete(out_dir, params:dict)->bool:
-    "True when `out_dir` holds a finished run with exactly `params` (a subset of its configuration)."
+    """True when `out_dir` holds a finished run whose whole configuration is `params` over today's defaults: a run
+    made when a default was different (or by a version without that setting) is not reused."""
+    from ccrlab.train import RunConfig
     p = Path(out_dir)/"metrics.json"
     if not p.exists(): return False
     try: m = json.loads(p.read_text())
     except (OSError, json.JSONDecodeError): return False
     cfg = m.get("config", {})
+    try: want = asdict(RunConfig(**{k: v for k, v in params.items() if k in RunConfig.__dataclass_fields__}))
+    except (TypeError, ValueError): return False          # the run notebook will say what is wrong
     same = lambda a, b: (list(a) if isinstance(a, (list, tuple)) else a) == (list(b) if isinstance(b, (list, tuple)) else b)
-    if not all(same(cfg.get(k), v) for k, v in params.items() if k not in ("out_dir", "cache_dir")): return False
+    if not all(k in cfg and same(cfg[k], v) for k, v in want.items() if k not in ("out_dir", "cache_dir")): return False
     tests = cfg.get("test_domains") if cfg.get("data_root") in (None, "None") or not cfg.get("test_sets") else cfg.get("test_sets")
     return all(d in m.get("results", {}) and (Path(out_dir)/f"ranks_{d.replace('/', '_')}.npz").exists() for d in tests or [])
 

@@ -30,6 +30,9 @@ def test_tiny_grid_runs_skips_finished_runs_and_aggregates(tmp_path):
     assert len(d) == 2 and set(d["loss"]) == {"ccs"} and (d["seeds"] == 2).all()
     m = json.loads((root / names[0] / "metrics.json").read_text())
     assert complete(root / names[0], {**common, **runs[0]}) and not complete(root / names[0], {**common, **runs[0], "epochs": 2})
+    assert not complete(root / names[0], {**common, **runs[0], "warmup_epochs": 0})    # a default the run was not made with
+    del m["config"]["warmup_epochs"]; (root / names[0] / "metrics.json").write_text(json.dumps(m))
+    assert not complete(root / names[0], {**common, **runs[0]})                           # made before the setting existed
 
 
 def test_study_notebook_killed_mid_grid_completes_when_run_again(tmp_path):
