@@ -185,6 +185,9 @@ class PrecompSplit:
     @property
     def feat_dim(self): return self.ims.shape[2]
     def image_of(self, caption_idx): return caption_idx // self.per_image
+    def features(self, start:int=0, stop:int|None=None)->torch.Tensor:
+        "Images `start:stop` as a float32 tensor of its own (a copy: memory-mapped files are read-only, torch wants writable)."
+        return torch.from_numpy(np.array(self.ims[start:stop], dtype=np.float32))
 
     def grounding(self)->list[dict]|None:
         "The grounding records (one per caption), or None when the split has none."

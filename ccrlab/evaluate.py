@@ -35,7 +35,7 @@ def encode_split(model, cs:CaptionSet, batch_size:int=256, device="cpu"):
     if sp.feat_dim != want:
         raise ValueError(f"{sp.folder/f'{sp.split}_ims.npy'}: features of dimension {sp.feat_dim}, but the model was trained on dimension {want}")
     for s in range(0, sp.n_images, batch_size):
-        f = torch.from_numpy(np.array(sp.ims[s:s + batch_size], dtype=np.float32)).to(device)   # a copy: memory-mapped files are read-only
+        f = sp.features(s, s + batch_size).to(device)
         imgs.append(model.encode_images(f, torch.full((len(f),), f.shape[1], device=device)))
     L = max(len(t) for t in cs.ids)
     for s in range(0, len(cs), batch_size):

@@ -35,7 +35,7 @@ class RunView:
         self.label = f"{self.config['model']} · {self.config['loss']} (seed {self.config['seed']})"
         self.cs = CaptionSet(split, self.vocab)
         with torch.no_grad():
-            f = torch.from_numpy(np.array(split.ims, dtype=np.float32)).to(self.device)
+            f = split.features().to(self.device)
             self.n_reg = torch.full((len(f),), f.shape[1], device=self.device)
             self.img = torch.cat([self.model.encode_images(f[s:s + 256], self.n_reg[s:s + 256]) for s in range(0, len(f), 256)])
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .train import project_root
+from .train import project_root, RunConfig
 
 # %% auto #0
 __all__ = ['SHIFTS', 'LOSS_ORDER', 'KS', 'RESULTS_CELL', 'ENSEMBLE_SAME', 'shift_of', 'run_name', 'grid', 'complete', 'collect',
@@ -40,7 +40,6 @@ def grid(models, losses, seeds, train_domains=None)->list[dict]:
 def complete(out_dir, params:dict)->bool:
     """True when `out_dir` holds a finished run whose whole configuration is `params` over today's defaults: a run
     made when a default was different (or by a version without that setting) is not reused."""
-    from ccrlab.train import RunConfig
     p = Path(out_dir)/"metrics.json"
     if not p.exists(): return False
     try: m = json.loads(p.read_text())

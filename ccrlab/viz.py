@@ -95,7 +95,7 @@ def attention_panels(image, proposals, word_region:np.ndarray, tokens:list[str],
 def scene_attention(model, cs, caption:int, scene_cfg:SceneConfig, art:str, device="cpu", max_words:int=4):
     "Attention panels for one caption of a built-in benchmark split: its grounded words over its own scene."
     sp = cs.split; i = sp.image_of(caption)
-    feats = torch.from_numpy(np.array(sp.ims[i:i + 1], dtype=np.float32)).to(device)
+    feats = sp.features(i, i + 1).to(device)
     nr = torch.tensor([feats.shape[1]], device=device)
     toks = torch.tensor([cs.ids[caption]], device=device); ln = torch.tensor([len(cs.ids[caption])], device=device)
     wr = model.pair_attention(model.encode_images(feats, nr), nr, model.encode_captions(toks, ln), ln).word_region()[0].cpu().numpy()
